@@ -365,3 +365,37 @@ def test_binary_data_or_a_set_in_a_config_file_is_refused_at_its_line(capsys, tm
                   str(tmp_path / "out"))
     assert f"c.yaml: not valid YAML at line 2, column 12 ({what} is no config value" in err, err
     assert "b'" not in err
+
+
+@pytest.mark.parametrize("item, said", [
+    (" threshold =0.3", "override ' threshold =0.3': space around its key; write threshold=0.3"),
+    ("threshold =0.3", "override 'threshold =0.3': space around its key; write threshold=0.3"),
+    ("data= DIR", "override 'data= DIR': space around its value; write data=DIR"),
+    ("data=DIR ", "override 'data=DIR ': space around its value; write data=DIR"),
+    ("threshold = 0.3", "override 'threshold = 0.3': space around its key and its value; write threshold=0.3"),
+    ("threshold=\t0.3", "override 'threshold=\\t0.3': space around its value; write threshold=0.3")])
+def test_a_set_item_with_space_around_its_key_or_value_is_refused(capsys, tmp_path, monkeypatch, item, said):
+    """`--set ' threshold =0.3'` had its key stripped without a word, while `--set 'data= DIR'` kept the space in the
+    text (the folder ' DIR', not found). One rule now: an item is taken as written, and space around either part is
+    refused naming the item; the eval never starts (no --out made)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DIR").mkdir()
+    err = refused(capsys, "eval", "--data", "DIR", "--annotator", "pixel-diff", "--out", str(tmp_path / "out"),
+                  "--set", item)
+    assert said in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_text_that_starts_with_a_space_is_given_quoted(tmp_path):
+    """The way to a text with a leading space: YAML quotes, read as the text inside them."""
+    from sigma.config.loader import read_overrides
+
+    assert read_overrides(["name=' run'"])["name"].value == " run"
+    assert read_overrides(["perturb=[jpeg75, none]"])["perturb"].value == ["jpeg75", "none"]
+
+
+def test_an_alias_used_as_a_key_leaves_its_anchors_value_a_number():
+    """An alias key is the very node its anchor's value is: made text as a key, its value stays what it was."""
+    from sigma.config.loader import load_yaml
+
+    assert load_yaml("t: &n 0.5\no: {*n : x}", "t") == {"t": 0.5, "o": {"0.5": "x"}}

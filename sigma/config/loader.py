@@ -247,12 +247,16 @@ def _keys_as_written(root: yaml.Node | None) -> None:
             continue
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            pairs = []
             for key, value in node.value:
                 if isinstance(key, yaml.ScalarNode) and key.tag not in _KEPT_TAGS:
-                    key.tag = "tag:yaml.org,2002:str"
+                    # a new node: an alias key (`*n: x`) is the very node its anchor's value is, which stays a number
+                    key = yaml.ScalarNode("tag:yaml.org,2002:str", key.value, key.start_mark, key.end_mark, key.style)
                 else:
                     stack.append(key)
+                pairs.append((key, value))
                 stack.append(value)
+            node.value = pairs
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(node.value)
 
@@ -575,12 +579,26 @@ def read_overrides(items: list[str] | None) -> dict[str, Override]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. threshold=0.4 or io.align=true)")
         key, value = item.split("=", 1)
-        key = key.strip()
-        if not key:
+        if not key.strip():
             raise ConfigError(f"override {item!r} has an empty key")
+        if key != key.strip() or value != value.strip():
+            raise ConfigError(_spaced(item, key, value))
         taken.add(key, item)
         out[key] = Override.read(value, key)
     return out
+
+
+def _spaced(item: str, key: str, value: str) -> str:
+    """Why `--set` refuses `item`: space around its key or its value. `' threshold =0.3'` had its key stripped without
+    a word, while `'name= run'` kept the space, a run named ' run' (a text field takes a value as written): one item,
+    two rules. Taken as written or not at all, as a trailing carriage return is (`_unfit`): a text that starts or
+    ends with a space says so in YAML quotes (`name=' run'`)."""
+    where = "its key" if key != key.strip() else "its value"
+    if key != key.strip() and value != value.strip():
+        where = "its key and its value"
+    return (f"override '{shown(printable(item), 100)}': space around {where}; write {key.strip()}="
+            f"{shown(printable(value.strip()), 60)} (a text that starts or ends with a space is quoted: "
+            f"{key.strip()}=' text ')")
 
 
 class OverrideKeys:
