@@ -399,3 +399,31 @@ def test_an_alias_used_as_a_key_leaves_its_anchors_value_a_number():
     from sigma.config.loader import load_yaml
 
     assert load_yaml("t: &n 0.5\no: {*n : x}", "t") == {"t": 0.5, "o": {"0.5": "x"}}
+
+
+def _merge_bomb(refs: int) -> str:
+    """A mapping of 2000 keys merged `refs` times into one mapping (`<<: [*m, *m, …]`), as a flow mapping."""
+    keys = ", ".join(f"k{i}: 1" for i in range(2000))
+    return f"{{m: &m {{{keys}}}, x: {{<<: [{', '.join(['*m'] * refs)}]}}}}"
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_a_mapping_merged_over_and_over_is_refused_by_the_values_it_costs(capsys, tmp_path, how):
+    """`<<: [*m, *m, …]` 20000 times over a mapping of 2000 keys, a 99 KB file, took 100 s to be refused (every
+    merge compared each key again: 40 million); a 4 MB one would run for hours. Each key merged now counts toward
+    the values a config may expand to (MAX_CONFIG_VALUES): 60 merges of 2000 keys are 120000, refused at once."""
+    text = _merge_bomb(60)
+    args = ["eval", "--data", str(tmp_path), "--annotator", "pixel-diff", "--out", str(tmp_path / "out")]
+    if how == "file":
+        (tmp_path / "c.yaml").write_text(f"options: {text}\n")
+        args += ["--config", str(tmp_path / "c.yaml")]
+    else:
+        args += ["--set", f"options={text}"]
+    err = refused(capsys, *args)
+    assert "expands to more than 100000 values" in err, err[:300]
+
+
+def test_a_few_merges_of_small_mappings_still_read():
+    from sigma.config.loader import load_yaml
+
+    assert load_yaml("a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 3}", "t")["c"] == {"x": 1, "y": 2, "z": 3}
