@@ -427,3 +427,14 @@ def test_a_few_merges_of_small_mappings_still_read():
     from sigma.config.loader import load_yaml
 
     assert load_yaml("a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 3}", "t")["c"] == {"x": 1, "y": 2, "z": 3}
+
+
+@pytest.mark.parametrize("key, said", [("1.5", "io.1.5: Extra inputs are not permitted (one key, '1.5', with a dot"),
+                                       ('"a.b"', "io.a.b: Extra inputs are not permitted (one key, 'a.b', with a dot")])
+def test_an_unknown_key_with_a_dot_in_it_is_said_to_be_one_key(capsys, tmp_path, key, said):
+    """`io: {1.5: 3}` was said `io.1.5: Extra inputs are not permitted`, a place that reads as a path of three keys
+    (io, 1, 5): the key the user wrote, with its dot, is now named as one."""
+    (tmp_path / "c.yaml").write_text(f"io:\n  {key}: 3\n")
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--annotator",
+                  "pixel-diff", "--out", str(tmp_path / "out"))
+    assert said in err, err

@@ -1297,7 +1297,7 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
         dotted = _dotted_note(model, tuple(error["loc"]))
-        meant = "" if dotted else _meant(model, tree or {}, tuple(error["loc"]), variable)
+        meant = "" if dotted else _meant(model, tree or {}, tuple(error["loc"]), variable) + _one_key(error["loc"])
         return f"{error_text(_decomposed_shown(error))}{meant}{_decomposed_note(error['loc'])}{dotted}"
     notes = (f"{_yaml_note(error['loc'], given, model)}"
              f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
@@ -1338,6 +1338,14 @@ def _dotted_note(model: type[BaseModel], loc: tuple) -> str:
     nested = "".join(f"{{{part}: " for part in last.split(".")) + "..." + "}" * (last.count(".") + 1)
     return (f" (the key {loc[-1]!r} is one key with dots in it, not a path: in a YAML file nest it, {head}: {nested}; "
             f"on the command line a dotted key is a path, --set {dotted}=...)")
+
+
+def _one_key(loc: tuple) -> str:
+    """For an unknown key with a dot in it that names no setting (`io: {1.5: 3}`, `options: {"a.b": 1}`): that it is
+    one key, as written. Its place `io.1.5` read as a path of three keys, io, 1 and 5."""
+    if not loc or not isinstance(loc[-1], str) or "." not in loc[-1]:
+        return ""
+    return f" (one key, {shown(loc[-1], 80)!r}, with a dot in it)"
 
 
 def _decomposed(part: Any) -> bool:
