@@ -1350,3 +1350,35 @@ def test_a_finished_evals_journal_left_beside_its_metrics_is_stale_not_eval_chan
     os.utime(out / "metrics.json")              # newer than the journal: only the rows tell it apart
     proc = _sigma(*argv, "--threshold", "0.4")
     assert proc.returncode == 2 and "[eval_changed]" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_an_empty_data_in_a_config_or_set_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys, how):
+    """`data: ""` in a config file (or `--set data="''"`) was Path(''), the current folder: an eval of whatever
+    pairs lay there, unasked (`--data ""` was refused `empty_path`). Now refused the same way, before --out is made."""
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "here", synthetic_pairs(2))
+    monkeypatch.chdir(tmp_path / "here")
+    args = ["eval", "--annotator", "pixel-diff", "--out", str(tmp_path / "out")]
+    if how == "file":
+        (tmp_path / "c.yaml").write_text('data: ""\n')
+        args += ["--config", str(tmp_path / "c.yaml")]
+    else:
+        args += ["--set", "data=''"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "sigma: error [empty_path]: `data` of " in err and "is an empty path" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_data_path_with_a_tilde_says_it_is_not_expanded(tmp_path, monkeypatch, capsys):
+    """`data: ~/sets` in a config is a folder named `~` (no shell expands it): the file_not_found line says so."""
+    from sigma.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("data: ~/sets\n")
+    assert main(["eval", "--annotator", "pixel-diff", "--config", "c.yaml", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"[file_not_found]: {tmp_path}/~/sets:" in err and "`~` and `$VARIABLE` are not expanded" in err, err
