@@ -1201,7 +1201,7 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
 
 @pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied", "start_bool", "index_bool",
                                   "f1_bool", "f1_text", "tp_bool", "error_no_fields", "error_of_numbers",
-                                  "rows_swapped", "skipped_beside_its_row"])
+                                  "rows_swapped", "skipped_beside_its_row", "perturbation_list"])
 def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
     """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
     field missing, errors that are no objects, a row deleted or copied) was read back as it was: a traceback, scores
@@ -1239,6 +1239,8 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
         del batch["rows"][1]
     elif edit == "rows_swapped":        # each pair's score put on the other pair
         batch["rows"][0]["index"], batch["rows"][1]["index"] = batch["rows"][1]["index"], batch["rows"][0]["index"]
+    elif edit == "perturbation_list":   # unhashable: a TypeError traceback as a key of the batches done
+        batch["perturbation"] = [batch["perturbation"]]
     elif edit == "skipped_beside_its_row":      # pair 0 scored and said skipped, pair 1 left out of the metrics
         batch["errors"] = [{"set": "data", "id": batch["rows"][0]["score"]["pair_id"], "perturbation": "none",
                             "code": "image_unreadable", "message": "x"}]
