@@ -587,8 +587,8 @@ def read_overrides(items: list[str] | None) -> dict[str, Override]:
         key, value = item.split("=", 1)
         if not key.strip():
             raise ConfigError(f"override {item!r} has an empty key")
-        if key != key.strip() or value != value.strip():
-            raise ConfigError(_spaced(item, key, value))
+        if key != key.strip() or value != value.strip() and value.rstrip("\r") != value.strip():
+            raise ConfigError(_spaced(item, key, value))    # a CR at its end alone is `_unfit`'s, said as such
         taken.add(key, item)
         out[key] = Override.read(value, key)
     return out
