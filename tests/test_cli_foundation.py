@@ -448,6 +448,7 @@ NOT_AN_API_STATUS = {
     "bad_arguments": "a command's flags", "input_too_large": "sigma annotate's stdin",
     "missing_extra": "a command whose optional dependency is not installed", "file_unreadable": "an image file by path",
     "no_photos": "sigma synth", "no_instructions": "sigma parse --file", "no_results": "sigma export",
+    "empty_path": "a command's empty path argument, or sigma eval's empty `data` in its config",
     "out_is_a_folder": "an export's output file", "out_no_reader": "an output file that is a FIFO nobody reads",
     "mask_size_mismatch": "sigma eval",
     # the CLI's line for a write a full disk refused (sigma.cli._out_of_space); the API answers its own storage errors

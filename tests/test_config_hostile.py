@@ -323,3 +323,118 @@ def test_a_merge_reads_as_the_mapping_merged_reads():
             "d: {<<: [*a, *a, {t: 1}], u: 4}\n")
     assert load_yaml(text, "x") == {"a": {"t": 1, "u": 2, "threshold": 0.1}, "b": {"t": 5, "u": 2, "threshold": 0.3},
                                     "c": {"t": 5, "u": 3, "threshold": 0.3}, "d": {"t": 1, "u": 4, "threshold": 0.1}}
+
+
+@pytest.mark.parametrize("key, said", [("1.5", "io.1.5"), ("1.50", "io.1.50"), ("~", "io.~"), ("yes", "io.yes"),
+                                       ("0x10", "io.0x10"), ("2026-01-01", "io.2026-01-01")])
+def test_a_key_yaml_reads_as_a_number_a_date_or_null_is_named_as_written(capsys, tmp_path, key, said):
+    """A key YAML reads as another type went through the merge's JSON: `1.50:` was named `io.1.5`, `~:` `io.null`,
+    `yes:` `io.true`, `0x10:` `io.16` (none of them written so), and a date key (`2026-01-01:`) ended the command in
+    a TypeError traceback. Every key is now its text as written."""
+    (tmp_path / "c.yaml").write_text(f"io:\n  {key}: 3\n")
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--annotator",
+                  "pixel-diff", "--out", str(tmp_path / "out"))
+    assert f"{said}: Extra inputs are not permitted" in err, err
+
+
+@pytest.mark.parametrize("text", ["io:\n  1: 3\n  '1': 4\n", "io:\n  yes: 3\n  'yes': 4\n",
+                                  "options:\n  0x10: 3\n  '0x10': 4\n"])
+def test_a_key_written_once_plain_and_once_quoted_is_a_duplicate(capsys, tmp_path, text):
+    """`1:` and `'1':` in one mapping were two keys to YAML (a number and a text), one after the merge: the first
+    value was dropped without a word. The same key written twice is refused, as any duplicate key is."""
+    (tmp_path / "c.yaml").write_text(text)
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--annotator",
+                  "pixel-diff", "--out", str(tmp_path / "out"))
+    assert "not valid YAML at line 3, column 3 (found duplicate key" in err, err
+
+
+def test_a_free_mapping_with_number_keys_keeps_them_as_the_same_text(tmp_path):
+    """A free mapping whose keys are numbers (an HF config's `id2label: {0: a}`) has the text keys it had."""
+    from sigma.config.loader import load_yaml
+
+    assert load_yaml("a: {0: x, 1: y, '2': z}", "t") == {"a": {"0": "x", "1": "y", "2": "z"}}
+    assert load_yaml("b: &m {0: x}\nc: {<<: *m, 1: y}", "t") == {"b": {"0": "x"}, "c": {"0": "x", "1": "y"}}
+
+
+@pytest.mark.parametrize("value, what", [("!!binary MC41", "!!binary data (bytes)"), ("!!set {a, b}", "a !!set")])
+def test_binary_data_or_a_set_in_a_config_file_is_refused_at_its_line(capsys, tmp_path, value, what):
+    """`threshold: !!binary MC41` went on as the bytes' Python repr: "threshold: ... got "b'0.5'"", a text nobody
+    wrote; a `!!set` as `{'a', 'b'}`. Now the file's line and column say what it is."""
+    (tmp_path / "c.yaml").write_text(f"annotator: pixel-diff\nthreshold: {value}\n")
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--out",
+                  str(tmp_path / "out"))
+    assert f"c.yaml: not valid YAML at line 2, column 12 ({what} is no config value" in err, err
+    assert "b'" not in err
+
+
+@pytest.mark.parametrize("item, said", [
+    (" threshold =0.3", "override ' threshold =0.3': space around its key; write threshold=0.3"),
+    ("threshold =0.3", "override 'threshold =0.3': space around its key; write threshold=0.3"),
+    ("data= DIR", "override 'data= DIR': space around its value; write data=DIR"),
+    ("data=DIR ", "override 'data=DIR ': space around its value; write data=DIR"),
+    ("threshold = 0.3", "override 'threshold = 0.3': space around its key and its value; write threshold=0.3"),
+    ("threshold=\t0.3", "override 'threshold=\\t0.3': space around its value; write threshold=0.3")])
+def test_a_set_item_with_space_around_its_key_or_value_is_refused(capsys, tmp_path, monkeypatch, item, said):
+    """`--set ' threshold =0.3'` had its key stripped without a word, while `--set 'data= DIR'` kept the space in the
+    text (the folder ' DIR', not found). One rule now: an item is taken as written, and space around either part is
+    refused naming the item; the eval never starts (no --out made)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DIR").mkdir()
+    err = refused(capsys, "eval", "--data", "DIR", "--annotator", "pixel-diff", "--out", str(tmp_path / "out"),
+                  "--set", item)
+    assert said in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_text_that_starts_with_a_space_is_given_quoted(tmp_path):
+    """The way to a text with a leading space: YAML quotes, read as the text inside them."""
+    from sigma.config.loader import read_overrides
+
+    assert read_overrides(["name=' run'"])["name"].value == " run"
+    assert read_overrides(["perturb=[jpeg75, none]"])["perturb"].value == ["jpeg75", "none"]
+
+
+def test_an_alias_used_as_a_key_leaves_its_anchors_value_a_number():
+    """An alias key is the very node its anchor's value is: made text as a key, its value stays what it was."""
+    from sigma.config.loader import load_yaml
+
+    assert load_yaml("t: &n 0.5\no: {*n : x}", "t") == {"t": 0.5, "o": {"0.5": "x"}}
+
+
+def _merge_bomb(refs: int) -> str:
+    """A mapping of 2000 keys merged `refs` times into one mapping (`<<: [*m, *m, …]`), as a flow mapping."""
+    keys = ", ".join(f"k{i}: 1" for i in range(2000))
+    return f"{{m: &m {{{keys}}}, x: {{<<: [{', '.join(['*m'] * refs)}]}}}}"
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_a_mapping_merged_over_and_over_is_refused_by_the_values_it_costs(capsys, tmp_path, how):
+    """`<<: [*m, *m, …]` 20000 times over a mapping of 2000 keys, a 99 KB file, took 100 s to be refused (every
+    merge compared each key again: 40 million); a 4 MB one would run for hours. Each key merged now counts toward
+    the values a config may expand to (MAX_CONFIG_VALUES): 60 merges of 2000 keys are 120000, refused at once."""
+    text = _merge_bomb(60)
+    args = ["eval", "--data", str(tmp_path), "--annotator", "pixel-diff", "--out", str(tmp_path / "out")]
+    if how == "file":
+        (tmp_path / "c.yaml").write_text(f"options: {text}\n")
+        args += ["--config", str(tmp_path / "c.yaml")]
+    else:
+        args += ["--set", f"options={text}"]
+    err = refused(capsys, *args)
+    assert "expands to more than 100000 values" in err, err[:300]
+
+
+def test_a_few_merges_of_small_mappings_still_read():
+    from sigma.config.loader import load_yaml
+
+    assert load_yaml("a: &a {x: 1}\nb: &b {y: 2}\nc: {<<: [*a, *b], z: 3}", "t")["c"] == {"x": 1, "y": 2, "z": 3}
+
+
+@pytest.mark.parametrize("key, said", [("1.5", "io.1.5: Extra inputs are not permitted (one key, '1.5', with a dot"),
+                                       ('"a.b"', "io.a.b: Extra inputs are not permitted (one key, 'a.b', with a dot")])
+def test_an_unknown_key_with_a_dot_in_it_is_said_to_be_one_key(capsys, tmp_path, key, said):
+    """`io: {1.5: 3}` was said `io.1.5: Extra inputs are not permitted`, a place that reads as a path of three keys
+    (io, 1, 5): the key the user wrote, with its dot, is now named as one."""
+    (tmp_path / "c.yaml").write_text(f"io:\n  {key}: 3\n")
+    err = refused(capsys, "eval", "--config", str(tmp_path / "c.yaml"), "--data", str(tmp_path), "--annotator",
+                  "pixel-diff", "--out", str(tmp_path / "out"))
+    assert said in err, err

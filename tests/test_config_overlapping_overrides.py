@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
     ("threshold=0.1", "threshold=0.2", "threshold is given twice"),
     ("io={align: true}", "io.align=false", "io.align is under io, given whole"),
     ("io.align=false", "io={align: true}", "io is given whole, and io.align under it"),
-    ("options.mask_mode=semantic", " options.mask_mode =footprint", "options.mask_mode is given twice"),
+    ("options.mask_mode=semantic", "options.mask_mode=footprint", "options.mask_mode is given twice"),
 ])
 def test_two_sets_of_one_place_are_refused_naming_both(capsys, tmp_path, first, second, said):
     code = sigma.cli.main(["annotate", "--example", "-o", str(tmp_path / "out"), "--annotator", "pixel-diff",

@@ -1201,7 +1201,7 @@ def test_an_eval_of_other_settings_on_a_killed_evals_out_is_refused_until_restar
 
 @pytest.mark.parametrize("edit", ["index", "score", "errors", "row_dropped", "row_copied", "start_bool", "index_bool",
                                   "f1_bool", "f1_text", "tp_bool", "error_no_fields", "error_of_numbers",
-                                  "rows_swapped", "skipped_beside_its_row"])
+                                  "rows_swapped", "skipped_beside_its_row", "perturbation_list"])
 def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path, edit):
     """A batch line that is whole JSON but not what an eval writes (a row's index out of its batch, a score with a
     field missing, errors that are no objects, a row deleted or copied) was read back as it was: a traceback, scores
@@ -1239,6 +1239,8 @@ def test_a_journal_line_edited_by_hand_is_eval_changed_not_a_traceback(tmp_path,
         del batch["rows"][1]
     elif edit == "rows_swapped":        # each pair's score put on the other pair
         batch["rows"][0]["index"], batch["rows"][1]["index"] = batch["rows"][1]["index"], batch["rows"][0]["index"]
+    elif edit == "perturbation_list":   # unhashable: a TypeError traceback as a key of the batches done
+        batch["perturbation"] = [batch["perturbation"]]
     elif edit == "skipped_beside_its_row":      # pair 0 scored and said skipped, pair 1 left out of the metrics
         batch["errors"] = [{"set": "data", "id": batch["rows"][0]["score"]["pair_id"], "perturbation": "none",
                             "code": "image_unreadable", "message": "x"}]
@@ -1350,3 +1352,35 @@ def test_a_finished_evals_journal_left_beside_its_metrics_is_stale_not_eval_chan
     os.utime(out / "metrics.json")              # newer than the journal: only the rows tell it apart
     proc = _sigma(*argv, "--threshold", "0.4")
     assert proc.returncode == 2 and "[eval_changed]" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("how", ["file", "set"])
+def test_an_empty_data_in_a_config_or_set_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys, how):
+    """`data: ""` in a config file (or `--set data="''"`) was Path(''), the current folder: an eval of whatever
+    pairs lay there, unasked (`--data ""` was refused `empty_path`). Now refused the same way, before --out is made."""
+    from sigma.cli import main
+    from sigma.io.corpora.synthetic import synthetic_pairs, write_pairs_jsonl
+
+    write_pairs_jsonl(tmp_path / "here", synthetic_pairs(2))
+    monkeypatch.chdir(tmp_path / "here")
+    args = ["eval", "--annotator", "pixel-diff", "--out", str(tmp_path / "out")]
+    if how == "file":
+        (tmp_path / "c.yaml").write_text('data: ""\n')
+        args += ["--config", str(tmp_path / "c.yaml")]
+    else:
+        args += ["--set", "data=''"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "sigma: error [empty_path]: `data` of " in err and "is an empty path" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_data_path_with_a_tilde_says_it_is_not_expanded(tmp_path, monkeypatch, capsys):
+    """`data: ~/sets` in a config is a folder named `~` (no shell expands it): the file_not_found line says so."""
+    from sigma.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text("data: ~/sets\n")
+    assert main(["eval", "--annotator", "pixel-diff", "--config", "c.yaml", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"[file_not_found]: {tmp_path}/~/sets:" in err and "`~` and `$VARIABLE` are not expanded" in err, err

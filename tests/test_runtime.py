@@ -494,3 +494,13 @@ def test_a_killed_cache_writer_leaves_a_temporary_name_the_sweeps_know(tmp_path)
     assert list(manifest.parent.iterdir()) == []
     replace_atomically(manifest, b"{}", durable=True)      # unchanged otherwise: the whole file, nothing beside it
     assert manifest.read_bytes() == b"{}" and os.listdir(manifest.parent) == [manifest.name]
+
+
+def test_a_manifest_giving_its_size_as_true_is_not_a_size(tmp_path):
+    """A manifest's `"bytes": true` (a bool is an int to Python: 1) matched a one-byte file: a size we never wrote
+    was taken as one. Now the entry is rebuilt, as for any size that does not match."""
+    f = tmp_path / "g.onnx"
+    f.write_bytes(b"0")
+    manifest = {"key": "k", "bytes": 1, "sha256": sha256_file(f)}
+    assert entry_is_valid(f, manifest, "k") is None
+    assert "truncated" in entry_is_valid(f, {**manifest, "bytes": True}, "k")

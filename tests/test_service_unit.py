@@ -750,3 +750,29 @@ def test_options_asterisk_is_recognised_behind_a_root_path(root_path):
     assert asyncio.run(call("OPTIONS", "*"))["status"] == 200
     assert asyncio.run(call("GET", "*"))["status"] == 400
     assert asyncio.run(call("OPTIONS", "/healthz")) == {"type": "inner"}
+
+
+@pytest.mark.parametrize("field, value", [("progress_at", True), ("since", True), ("count", True), ("last", "NaN"),
+                                          ("progress_at", "-Infinity"), ("count", 1.5), ("mark", "3")])
+def test_a_deferral_record_holding_a_bool_or_no_finite_number_is_counted_afresh(redis_server, tmp_path, field,
+                                                                                 value):
+    """A task's deferral record (in real Redis) with `true` for a time was read as 1.0 (a bool is an int to Python):
+    the first deferral at 1970-01-01, the task idle for decades and dead-lettered `run_locked_too_long` at its next
+    deferral; `NaN` made an idle time no cap is ever below. Such a record is no record of ours: counted afresh."""
+    import json
+
+    from sigma.service.deferral import note_deferral
+    from sigma.service.keys import Keys
+
+    client = redis_server.client()
+    keys = Keys(f"defer-{field}-{abs(hash(str(value)))}")
+    entry = "1-0"
+    first = note_deferral(client, keys, entry, tmp_path, "held", 3600.0, worker="w1")
+    assert first.count == 1 and first.idle_s == 0
+    raw = client.get(keys.batch_task_deferred(entry)).decode()
+    text = raw.replace(f'"{field}": {json.dumps(json.loads(raw)[field])}', f'"{field}": {json.dumps(value)}'
+                       if not (isinstance(value, str) and value in ("NaN", "-Infinity")) else f'"{field}": {value}')
+    assert text != raw
+    client.set(keys.batch_task_deferred(entry), text)
+    record = note_deferral(client, keys, entry, tmp_path, "held", 3600.0, worker="w1")
+    assert record.count == 1 and record.idle_s == 0 and record.since == record.last, record

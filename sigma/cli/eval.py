@@ -211,10 +211,16 @@ def eval_data(data: str | None, source: str | None) -> Path:
     if data is None:
         raise InputError("no data to score: give --data (one set folder or a folder of sets), or a --config that "
                          "records it (`data:`, as the config.yaml of an earlier eval does)", code="bad_arguments")
+    if not data:        # `data: ""` in a file, `--set data="''"`: Path('') is the current folder, scored unasked
+        raise InputError(f"`data` of {source or '--data'} is an empty path; name the data's folder (`.` for the "
+                         "current folder)", code="empty_path")
     path = Path(data).absolute()
     if source is not None and not path.exists():
+        # a shell expands `~` and `$HOME` in --data; nothing does in a config (`data: ~/sets` is a folder named ~)
+        unexpanded = (" (`~` and `$VARIABLE` are not expanded in a config: write the path itself)"
+                      if data.startswith("~") or "$" in data else "")
         raise InputError(f"{path}: the eval data named by `data` of {source} is not there (moved or deleted since it "
-                         "was recorded?); give --data", code="file_not_found")
+                         f"was recorded?){unexpanded}; give --data", code="file_not_found")
     return path
 
 

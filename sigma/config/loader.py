@@ -123,6 +123,12 @@ class _Strict:
                 if id(sub) not in flattened:            # an inline mapping is merged, never constructed itself
                     _refuse_duplicates(sub)
                     self.flatten_mapping(sub)
+                # each key merged is work, counted as a value: `<<: [*m, *m, …]` 20000 times over a mapping of 2000
+                # keys (a 99 KB file) took 100 s to be refused, 40 million keys compared for a mapping of 2000
+                merged_keys = self.__dict__.get("_merged_keys", 0) + len(sub.value)
+                if merged_keys > MAX_CONFIG_VALUES:
+                    raise _TooManyValues
+                self.__dict__["_merged_keys"] = merged_keys
                 for key, (k, v) in _effective(sub).items():
                     first = merged.setdefault(key, (k, v, sub))
                     if not _same(first[1], v):
@@ -187,6 +193,14 @@ def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     raise _HugeInteger(f"an integer of more than {MAX_INTEGER_DIGITS} digits")
 
 
+def _no_bytes(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """`!!binary` (and `!!set`): no setting holds bytes or a set. The bytes went on as their Python repr (`threshold:
+    !!binary MC41` was "got "b'0.5'"", a text nobody wrote), a set as `{'a'}`; now the file's line says what it is."""
+    what = "!!binary data (bytes)" if node.tag.endswith(":binary") else "a !!set"
+    raise yaml.constructor.ConstructorError(None, None, f"{what} is no config value: write the text, number, list or "
+                                            "mapping itself", node.start_mark)
+
+
 class _StrictLoader(_Strict, yaml.SafeLoader):
     """PyYAML's own parser, in Python: the one whose errors a config's message gives (`_parse`)."""
 
@@ -198,6 +212,8 @@ class _StrictCLoader(_Strict, getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  #
 
 for _loader in (_StrictLoader, _StrictCLoader):
     _loader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+    _loader.add_constructor("tag:yaml.org,2002:binary", _no_bytes)
+    _loader.add_constructor("tag:yaml.org,2002:set", _no_bytes)
 
 
 def _check_size(data: Any, where: str) -> None:
@@ -217,6 +233,38 @@ def _check_size(data: Any, where: str) -> None:
 
 
 _BARE_TAG = re.compile(r"(?:^|[\s\[\]{},])!(?:[\s\[\]{},]|$)")
+
+
+_KEPT_TAGS = ("tag:yaml.org,2002:str", "tag:yaml.org,2002:merge", "tag:yaml.org,2002:value")
+
+
+def _keys_as_written(root: yaml.Node | None) -> None:
+    """Every scalar key of `root` made the text it is written as (in place, each node once): a config's keys are
+    names. YAML made `1.5:`, `1.50:`, `~:`, `yes:` and `2026-01-01:` a float, None, True and a date, which the merge
+    (`apply_overrides`, through JSON) turned into '1.5', 'null', 'true' — not what was written — and a date key
+    into a TypeError traceback; `1:` beside `'1':` (or `yes:` beside `true:`) were two keys to YAML and one after,
+    the first dropped without a word. As text, such a pair is a duplicate key (`_refuse_duplicates`), and an
+    unknown one is named as written. A free mapping whose keys are numbers (an HF config's `id2label: {0: a}`) gets
+    the same text keys it got through JSON."""
+    stack, seen = [root] if root is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            pairs = []
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag not in _KEPT_TAGS:
+                    # a new node: an alias key (`*n: x`) is the very node its anchor's value is, which stays a number
+                    key = yaml.ScalarNode("tag:yaml.org,2002:str", key.value, key.start_mark, key.end_mark, key.style)
+                else:
+                    stack.append(key)
+                pairs.append((key, value))
+                stack.append(value)
+            node.value = pairs
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _parse(text: str) -> tuple[yaml.Node | None, Any]:
@@ -239,6 +287,7 @@ def _parse_with(loader_class: type[_Strict], text: str) -> tuple[yaml.Node | Non
     loader = loader_class(text)     # type: ignore[call-arg]
     try:
         node = loader.get_single_node()
+        _keys_as_written(node)
         return node, loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
@@ -536,12 +585,26 @@ def read_overrides(items: list[str] | None) -> dict[str, Override]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. threshold=0.4 or io.align=true)")
         key, value = item.split("=", 1)
-        key = key.strip()
-        if not key:
+        if not key.strip():
             raise ConfigError(f"override {item!r} has an empty key")
+        if key != key.strip() or value != value.strip() and value.rstrip("\r") != value.strip():
+            raise ConfigError(_spaced(item, key, value))    # a CR at its end alone is `_unfit`'s, said as such
         taken.add(key, item)
         out[key] = Override.read(value, key)
     return out
+
+
+def _spaced(item: str, key: str, value: str) -> str:
+    """Why `--set` refuses `item`: space around its key or its value. `' threshold =0.3'` had its key stripped without
+    a word, while `'name= run'` kept the space, a run named ' run' (a text field takes a value as written): one item,
+    two rules. Taken as written or not at all, as a trailing carriage return is (`_unfit`): a text that starts or
+    ends with a space says so in YAML quotes (`name=' run'`)."""
+    where = "its key" if key != key.strip() else "its value"
+    if key != key.strip() and value != value.strip():
+        where = "its key and its value"
+    return (f"override '{shown(printable(item), 100)}': space around {where}; write {key.strip()}="
+            f"{shown(printable(value.strip()), 60)} (a text that starts or ends with a space is quoted: "
+            f"{key.strip()}=' text ')")
 
 
 class OverrideKeys:
@@ -1234,7 +1297,7 @@ def _message(error: Any, given: dict[str, Override], model: type[BaseModel], ori
         return f"{origin(_place(error['loc']).split('[', 1)[0])}{error_text(error)}"
     if error["type"] == "extra_forbidden":
         dotted = _dotted_note(model, tuple(error["loc"]))
-        meant = "" if dotted else _meant(model, tree or {}, tuple(error["loc"]), variable)
+        meant = "" if dotted else _meant(model, tree or {}, tuple(error["loc"]), variable) + _one_key(error["loc"])
         return f"{error_text(_decomposed_shown(error))}{meant}{_decomposed_note(error['loc'])}{dotted}"
     notes = (f"{_yaml_note(error['loc'], given, model)}"
              f"{BOOL_NOTE if error['type'] == 'bool_for_number' else ''}{_base60_note(error)}{_bytes_note(error)}"
@@ -1275,6 +1338,14 @@ def _dotted_note(model: type[BaseModel], loc: tuple) -> str:
     nested = "".join(f"{{{part}: " for part in last.split(".")) + "..." + "}" * (last.count(".") + 1)
     return (f" (the key {loc[-1]!r} is one key with dots in it, not a path: in a YAML file nest it, {head}: {nested}; "
             f"on the command line a dotted key is a path, --set {dotted}=...)")
+
+
+def _one_key(loc: tuple) -> str:
+    """For an unknown key with a dot in it that names no setting (`io: {1.5: 3}`, `options: {"a.b": 1}`): that it is
+    one key, as written. Its place `io.1.5` read as a path of three keys, io, 1 and 5."""
+    if not loc or not isinstance(loc[-1], str) or "." not in loc[-1]:
+        return ""
+    return f" (one key, {shown(loc[-1], 80)!r}, with a dot in it)"
 
 
 def _decomposed(part: Any) -> bool:

@@ -181,6 +181,8 @@ def _check_batch(path: Path, entry: dict[str, Any]) -> None:
     """`eval_changed` for a batch line that is whole JSON but not what `Progress.add` writes (edited by hand): read
     back as it is, it was a traceback, or scores put on the wrong pairs."""
     try:
+        if not isinstance(entry["perturbation"], str):      # `["none"]` was a traceback: unhashable, as a key of `done`
+            raise TypeError("perturbation")
         if not _whole(entry["start"]) or not all(_skipped(e, entry["perturbation"]) for e in entry["errors"]):
             raise TypeError("start or errors")
         for row in entry["rows"]:

@@ -105,7 +105,8 @@ def entry_is_valid(artefact: Path, manifest: dict[str, Any] | None, key: str) ->
         size = artefact.stat().st_size
     except OSError:
         return "file missing"
-    if size != manifest.get("bytes"):
+    recorded = manifest.get("bytes")
+    if isinstance(recorded, bool) or size != recorded:     # `true` is 1 to Python: no size we wrote
         return f"size {size} != {manifest.get('bytes')} (truncated or replaced)"
     if sha256_file(artefact) != manifest.get("sha256"):
         return "sha256 mismatch (corrupt)"

@@ -17,6 +17,7 @@ fleet most of a run's tasks were gone before the workers that could run them got
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -75,11 +76,27 @@ class Deferral:
         try:
             data = json.loads(raw)
             refused_by = data.get("refused_by", [])
-            return cls(float(data["since"]), int(data["count"]), int(data["mark"]), float(data["progress_at"]),
-                       float(data["last"]), str(data.get("reason", "")),
+            return cls(_time(data["since"]), _whole(data["count"]), _whole(data["mark"]), _time(data["progress_at"]),
+                       _time(data["last"]), str(data.get("reason", "")),
                        [str(name) for name in refused_by] if isinstance(refused_by, list) else [])
         except (TypeError, ValueError, KeyError, AttributeError):      # none, or not ours: counted afresh
             return None
+
+
+def _time(value: Any) -> float:
+    """A record's time: a finite JSON number. `true` is an int to Python (`float(True)` is 1.0: a task first
+    deferred at 1970-01-01, its idle time decades, dead-lettered at its next deferral), a text `"1e9"` no number
+    we wrote, and `NaN` (which Python's JSON reads) an idle time no cap is ever below: each is no record of ours."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"not a time: {value!r}")
+    return float(value)
+
+
+def _whole(value: Any) -> int:
+    """A record's count or mark: a JSON integer (`true`, `1.5` and `"3"` are none)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"not a whole number: {value!r}")
+    return value
 
 
 def progress_mark(root: Path) -> int:
