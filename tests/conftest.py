@@ -10,6 +10,46 @@ from pathlib import Path
 
 import pytest
 
+# The session's reaper (tests/reaper.py): every process this session starts carries `REAPER_ENV=<token>` in its
+# environment, and the reaper kills each one left once this pytest has exited, however it exited (SIGTERM and SIGKILL
+# run no teardown: `sigma serve`, workers and redis-servers lived on as orphans, holding ports and CPU).
+REAPER_ENV = "SIGMA_TESTS_REAPER"
+
+
+def start_reaper() -> subprocess.Popen | None:
+    """Starts this process' reaper and puts its token in `os.environ`, inherited from here on by every child. A pytest
+    run by a test has its own reaper and token for its own children (the outer one kills that pytest, its reaper the
+    rest). None where the platform has no pidfd (not Linux >= 5.3)."""
+    import os
+    import sys
+    import uuid
+
+    if not hasattr(os, "pidfd_open"):
+        return None
+    entry = f"{REAPER_ENV}={os.getpid()}-{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if k != REAPER_ENV}
+    me = os.pidfd_open(os.getpid())
+    try:
+        reaper = subprocess.Popen([sys.executable, "-S", str(Path(__file__).with_name("reaper.py")), entry, str(me)],
+                                  env=env, pass_fds=(me,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  start_new_session=True)   # not in pytest's group: a group's SIGTERM spares it
+    finally:
+        os.close(me)
+    assert reaper.stdout is not None
+    if reaper.stdout.readline() != b"ready\n":
+        raise RuntimeError("the test session's reaper (tests/reaper.py) did not start")
+    reaper.stdout.close()
+    os.environ[REAPER_ENV] = entry.split("=", 1)[1]
+    return reaper
+
+
+_REAPER: list[subprocess.Popen | None] = []
+
+
+def pytest_configure(config) -> None:
+    if not _REAPER:
+        _REAPER.append(start_reaper())
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -41,7 +81,9 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-             "--logfile", str(self.dir / "redis.log"), "--loglevel", "warning"],
+             "--logfile", str(self.dir / "redis.log"), "--loglevel", "warning",
+             # its process title is written over its environment, the mark the session's reaper finds it by
+             "--set-proc-title", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
