@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from ports import free_port
 
 TESTS = Path(__file__).resolve().parent
 KEYS = {"user": "test-user-key", "other": "test-other-key", "metrics": "test-metrics-key", "admin": "test-admin-key"}
@@ -71,12 +72,6 @@ def read_until_closed(sock: socket.socket, *quiet: type[OSError]) -> bytes:
     except quiet:
         pass
     return got
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # How long a started `sigma` process (an API, a worker: imports, a model) may take to come up. Each wait ends on its
