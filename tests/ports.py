@@ -56,13 +56,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def held_port() -> tuple[int, socket.socket]:
+    """A free port and the socket holding it bound (not listening: a connection to it is refused, no server can bind
+    it): close the socket just before the server that is to come up there binds it."""
+    while True:
+        s = _bound(free_port())
+        if s is not None:
+            return s.getsockname()[1], s
+
+
 @contextmanager
 def dead_port() -> Iterator[int]:
     """A loopback port nothing listens on for the block: held bound (not listening, no SO_REUSEADDR), so a connection
     to it is refused and no server can bind it meanwhile (a `free_port` closed at once could be taken and answer)."""
-    while True:
-        s = _bound(free_port())
-        if s is not None:
-            break
+    port, s = held_port()
     with s:
-        yield s.getsockname()[1]
+        yield port
