@@ -85,7 +85,15 @@ class GaveUp(AssertionError):
     """Raised by a `wait_until` predicate when waiting longer cannot help (the process waited on has exited)."""
 
 
+# The least any `wait_until` waits before it gives up. Each wait ends on its condition, so a passing run pays nothing
+# for it; the 10-20 s deadlines tests gave events that take well under a second on an idle machine (a heartbeat's
+# expiry, a log line, a worker's next entry) were what the loaded CI machine (2 cores, a CI run and others' tests
+# beside) missed.
+WAIT_FLOOR_S = 60.0
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    timeout = max(timeout, WAIT_FLOOR_S)
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
