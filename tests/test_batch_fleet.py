@@ -1043,7 +1043,7 @@ def test_a_batch_worker_past_max_rss_mb_stops_after_a_stored_shard_and_a_fresh_o
     supervisor to start a fresh one. With 1 MiB (always past it) each start does
     exactly one shard, leaves nothing held and the rest queued; a second start finishes the run, and the shards are
     those of a local run: nothing lost, none done twice."""
-    from servicekit import Proc, base_env
+    from servicekit import STARTUP_S, Proc, base_env
 
     write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=32))
     prefix, out = prefix_name(), tmp_path / "fleet"
@@ -1057,11 +1057,11 @@ def test_a_batch_worker_past_max_rss_mb_stops_after_a_stored_shard_and_a_fresh_o
         """A worker until it exits by itself (None: still running after the run was done, or after 60 s)."""
         proc = Proc(["worker", "--batch", "--consumer", name, "--set", f"redis.key_prefix={prefix}", "--set",
                      "queue.block_ms=100", *args], {**base_env(redis_server.url), **env}, tmp_path / f"{name}.log")
-        deadline, grace = time.monotonic() + 60, None
+        deadline, grace = time.monotonic() + STARTUP_S, None    # its start (imports) took over 60 s on load
         try:
             while proc.alive() and time.monotonic() < deadline and (grace is None or time.monotonic() < grace):
                 if grace is None and RunDir(out).summary()["done"] == 2:
-                    grace = time.monotonic() + 5          # every shard is done: a recycling worker has exited by now
+                    grace = time.monotonic() + 60         # every shard is done: a recycling worker exits (5 s: tight)
                 time.sleep(0.1)
             code = None if proc.alive() else proc.p.returncode
         finally:
