@@ -18,6 +18,8 @@ import pytest
 from conftest import REAPER_ENV
 from servicekit import TESTS, wait_until
 
+pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the reaper needs pidfds (Linux >= 5.3)")
+
 INNER = '''
 import os, signal, subprocess, sys, time
 from pathlib import Path
