@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from servicekit import STARTUP_S
 
 from sigma.batch import BatchConfig, run_batch
 from sigma.batch.layout import RunDir
@@ -1043,7 +1044,7 @@ def test_a_batch_worker_past_max_rss_mb_stops_after_a_stored_shard_and_a_fresh_o
     supervisor to start a fresh one. With 1 MiB (always past it) each start does
     exactly one shard, leaves nothing held and the rest queued; a second start finishes the run, and the shards are
     those of a local run: nothing lost, none done twice."""
-    from servicekit import STARTUP_S, Proc, base_env
+    from servicekit import Proc, base_env
 
     write_pairs_jsonl(tmp_path / "set", synthetic_pairs(6, size=32))
     prefix, out = prefix_name(), tmp_path / "fleet"
@@ -1327,7 +1328,7 @@ def held_run(tmp_path: Path, shards: int, delay_ms: int) -> tuple[Path, BatchCon
 
 def start_local_run(args: list[str], out: Path, redis_url: str, log: Path):
     """A real `sigma batch run` on the fleet's run folder, once it holds the folder and has finished a shard."""
-    from servicekit import STARTUP_S, Proc, base_env
+    from servicekit import Proc, base_env
 
     proc = Proc(args, base_env(redis_url), log)
     deadline = time.monotonic() + STARTUP_S
@@ -1568,7 +1569,9 @@ def stop_batch_workers(procs: list[subprocess.Popen], logs: list[Path]) -> list[
 
 
 def wait_for(check, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
+    """Whether `check` came true within `seconds`, at least 120 (it ends on the check: a passing run pays nothing; 30 s
+    for a worker's heartbeat, its imports first, was missed under three busy loops)."""
+    deadline = time.monotonic() + max(seconds, 120)
     while time.monotonic() < deadline:
         if check():
             return True
@@ -1590,7 +1593,7 @@ def submit_when_live(redis_server, prefix: str, corpus: Path, out: Path, names: 
                      capsys) -> None:
     """Once every worker in `names` has its heartbeat, the run's 6 tasks queued: each worker is there to take them."""
     client, keys = redis_server.client(), Keys(prefix)
-    assert wait_for(lambda: all(client.exists(keys.batch_worker(n)) for n in names), 60), [
+    assert wait_for(lambda: all(client.exists(keys.batch_worker(n)) for n in names), STARTUP_S), [
         log.read_text() for log in logs]
     assert main(["batch", "submit", str(corpus), "--out", str(out), "--shard-size", "3", "--annotator", "pixel-diff",
                  "--set", "workers=0", "--redis", redis_server.url, "--key-prefix", prefix]) == 0
@@ -2137,7 +2140,7 @@ def test_shards_a_workers_machine_would_start_no_thread_for_are_deferred_and_don
             env=env, stdout=handle, stderr=subprocess.STDOUT, text=True, preexec_fn=_big_thread_stacks)
     try:
         r = redis_server.client()
-        assert wait_for(lambda: r.exists(Keys(prefix).batch_worker("w1")), 30), log.read_text()
+        assert wait_for(lambda: r.exists(Keys(prefix).batch_worker("w1")), STARTUP_S), log.read_text()
         hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
         resource.prlimit(worker.pid, resource.RLIMIT_AS, (_vm_size(worker.pid) + 2**30, hard))
         cfg = BatchConfig.model_validate({"input": {"path": str(tmp_path / "set"), "shard_size": 3},
@@ -2181,7 +2184,7 @@ def test_shards_whose_model_a_workers_machine_refuses_memory_to_load_are_deferre
             env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
     try:
         r = redis_server.client()
-        assert wait_for(lambda: r.exists(Keys(prefix).batch_worker("w1")), 60), log.read_text()
+        assert wait_for(lambda: r.exists(Keys(prefix).batch_worker("w1")), STARTUP_S), log.read_text()
         assert submit_run(cfg, out, redis_server.url, prefix)["queued"] == 2
         assert wait_for(lambda: f"pid {saver.pid} (saving)" in log.read_text(), 60), log.read_text()
         hard = resource.prlimit(worker.pid, resource.RLIMIT_AS)[1]
