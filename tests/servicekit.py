@@ -81,6 +81,11 @@ def read_until_closed(sock: socket.socket, *quiet: type[OSError]) -> bytes:
 STARTUP_S = 300
 
 
+# How long the kit's HTTP client waits on one answer. 30 s was missed under load: a batch submit's first options check
+# (annotator sigma-lite, torch imported in the API on that request) raised httpx.ReadTimeout under three busy loops.
+HTTP_TIMEOUT_S = 120.0
+
+
 class GaveUp(AssertionError):
     """Raised by a `wait_until` predicate when waiting longer cannot help (the process waited on has exited)."""
 
@@ -198,7 +203,7 @@ class ServiceUnderTest:
         self.env = base_env(redis_server.url)
         self.api: Proc | None = None
         self.workers: list[Proc] = []
-        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+        self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S)
 
     def sets(self, extra: list[str] | None = None) -> list[str]:
         out = []
@@ -239,7 +244,7 @@ class ServiceUnderTest:
             self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self.http.close()
-            self.http = httpx.Client(base_url=self.url, timeout=30.0)
+            self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S)
 
     def _healthy(self) -> bool:
         if self.api is not None and not self.api.alive():
