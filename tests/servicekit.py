@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
+from ports import free_port
 
 TESTS = Path(__file__).resolve().parent
 KEYS = {"user": "test-user-key", "other": "test-other-key", "metrics": "test-metrics-key", "admin": "test-admin-key"}
@@ -73,12 +74,6 @@ def read_until_closed(sock: socket.socket, *quiet: type[OSError]) -> bytes:
     return got
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # How long a started `sigma` process (an API, a worker: imports, a model) may take to come up. Each wait ends on its
 # condition, and on the process' exit (`GaveUp`), so this costs a passing run nothing; it was 20 s, and on a loaded
 # machine (2 cores, a CI run and others' tests beside, `nice`) an API's imports alone took longer: whole modules of
@@ -86,11 +81,24 @@ def free_port() -> int:
 STARTUP_S = 300
 
 
+# How long the kit's HTTP client waits on one answer. 30 s was missed under load: a batch submit's first options check
+# (annotator sigma-lite, torch imported in the API on that request) raised httpx.ReadTimeout under three busy loops.
+HTTP_TIMEOUT_S = 120.0
+
+
 class GaveUp(AssertionError):
     """Raised by a `wait_until` predicate when waiting longer cannot help (the process waited on has exited)."""
 
 
+# The least any `wait_until` waits before it gives up. Each wait ends on its condition, so a passing run pays nothing
+# for it; the 10-20 s deadlines tests gave events that take well under a second on an idle machine (a heartbeat's
+# expiry, a log line, a worker's next entry) were what the loaded CI machine (2 cores, a CI run and others' tests
+# beside) missed.
+WAIT_FLOOR_S = 60.0
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    timeout = max(timeout, WAIT_FLOOR_S)
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -195,7 +203,7 @@ class ServiceUnderTest:
         self.env = base_env(redis_server.url)
         self.api: Proc | None = None
         self.workers: list[Proc] = []
-        self.http = httpx.Client(base_url=self.url, timeout=30.0)
+        self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S)
 
     def sets(self, extra: list[str] | None = None) -> list[str]:
         out = []
@@ -236,7 +244,7 @@ class ServiceUnderTest:
             self.port = free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             self.http.close()
-            self.http = httpx.Client(base_url=self.url, timeout=30.0)
+            self.http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S)
 
     def _healthy(self) -> bool:
         if self.api is not None and not self.api.alive():

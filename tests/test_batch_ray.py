@@ -44,12 +44,6 @@ TESTS = ROOT / "tests"
 STORE = 80 << 20          # bytes of object store per node: shard descriptors only, and CI has 24 GiB
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """Head + one worker node. PYTHONPATH is set before the nodes start, so their workers import this
@@ -237,8 +231,8 @@ def test_local_run_resumed_on_ray_with_address_auto(cluster, messy):
     assert digests(out) == digests(messy / "local")
 
 
-def test_unreachable_cluster_is_one_line_and_exit_2(tmp_path, messy):
-    address = f"127.0.0.1:{free_port()}"
+def test_unreachable_cluster_is_one_line_and_exit_2(tmp_path, messy, unused_port):
+    address = f"127.0.0.1:{unused_port}"
     start = time.monotonic()
     rc = sigma_cli("batch", "run", str(messy / "set"), "--out", str(tmp_path / "x"), "--annotator", "pixel-diff",
                    "--backend", "ray", "--no-progress", env={"RAY_ADDRESS": address}, timeout=60)

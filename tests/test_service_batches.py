@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servicekit import ServiceUnderTest, free_port, post_whole_body_first, running_service
+from servicekit import ServiceUnderTest, post_whole_body_first, running_service
 from setwriters import end, set_writer
 
 from sigma.batch.layout import RunDir
@@ -178,10 +178,10 @@ def test_auth_is_required(svc):
     assert resp.status_code == 403
 
 
-def test_disabled_without_a_root_and_503_when_redis_is_down(redis_server, root, tmp_path):
+def test_disabled_without_a_root_and_503_when_redis_is_down(redis_server, root, tmp_path, unused_port):
     off = ServiceUnderTest(redis_server, tmp_path)
     dead = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}",
-                                                     f"redis.url=redis://127.0.0.1:{free_port()}/0"])
+                                                     f"redis.url=redis://127.0.0.1:{unused_port}/0"])
     try:
         off.start_api()
         resp = post(off, {"input": "corpus", "out": "runs/off"})

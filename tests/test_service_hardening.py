@@ -239,8 +239,8 @@ def test_item6_errors_name_no_server_folder(svc, root):
     assert "weird" in seen[1][1]["error"]["message"]     # the relative name is still there to help
 
 
-def test_item6_redis_address_is_not_shown(redis_server, root, tmp_path):
-    port = __import__("servicekit").free_port()
+def test_item6_redis_address_is_not_shown(redis_server, root, tmp_path, unused_port):
+    port = unused_port
     dead = ServiceUnderTest(redis_server, tmp_path, [f"api.batch_root={root}",
                                                      f"redis.url=redis://127.0.0.1:{port}/0"])
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import RedisServer
+from ports import held_port
 from servicekit import FAST, Proc, base_env, free_port, layered, make_pair, png_bytes, wait_until
 
 from sigma.batch import BatchConfig
@@ -183,7 +184,7 @@ def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server not installed")
-    port = free_port()
+    port, hold = held_port()            # nothing can listen there (nor the worker connect to itself) until Redis does
     redis_url = f"redis://127.0.0.1:{port}/0"
     prefix = f"t{uuid.uuid4().hex[:10]}"
     env = base_env(redis_url)
@@ -204,6 +205,7 @@ def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
         fleet.signal(signal.SIGTERM)                                 # stopped while waiting for Redis
         code, log = finished(fleet, 60)
         assert code == 0 and "Traceback" not in log, log
+        hold.close()
         server.start()                                               # Redis comes up: the waiting worker serves
         r = server.client()
         wait_until(lambda: r.hget(f"{prefix}:worker:early", "model_loaded") == b"1", 30,
@@ -214,6 +216,7 @@ def test_worker_without_redis_names_the_url_waits_and_stops_cleanly(tmp_path):
         code, log = finished(annotation, 60)
         assert code == 0 and "Traceback" not in log, log
     finally:
+        hold.close()
         annotation.stop()
         fleet.stop()
         server.stop(kill=True)
