@@ -141,6 +141,23 @@ class Decided:
         return {}
 
 
+def _queues(redis_server, *names: str, max_deliveries: int = 3):
+    """Consumers `names` of one fresh stream and group on the test's Redis, with the queue settings their worker
+    would have: what every in-process test below starts from. Returns (prefix, client, settings, queues)."""
+    import uuid
+
+    from sigma.service.queue import StreamQueue
+    from sigma.service.settings import QueueSettings
+
+    prefix = f"lease-{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=max_deliveries)
+    queues = [StreamQueue(client, f"{prefix}:s", "g", name, lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
+                          dead_stream=f"{prefix}:dead") for name in names]
+    queues[0].ensure_group()
+    return prefix, client, qs, queues
+
+
 @pytest.mark.parametrize(("action", "max_deliveries"), [("dead", 3), ("defer", 3), ("retry", 3), ("ack", 3),
                                                        ("retry", 1)])
 def test_an_outcome_for_an_entry_another_worker_reclaimed_moves_it_no_more(redis_server, action, max_deliveries):
@@ -148,18 +165,10 @@ def test_an_outcome_for_an_entry_another_worker_reclaimed_moves_it_no_more(redis
     doing, and its defer (an XCLAIM) took the entry back from b. Those are dropped now (a retry on the last delivery is
     a dead letter: dropped too); a result (ack) and a retry's note move nothing and are still settled (a job's result
     is stored only when it has none: FINISH)."""
-    import uuid
 
     from sigma.service.consumer import Consumer
-    from sigma.service.queue import StreamQueue
-    from sigma.service.settings import QueueSettings
 
-    prefix = f"lease-{uuid.uuid4().hex[:8]}"
-    client = redis_server.client()
-    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=max_deliveries)
-    a, b = (StreamQueue(client, f"{prefix}:s", "g", name, lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
-                        dead_stream=f"{prefix}:dead") for name in ("a", "b"))
-    a.ensure_group()
+    prefix, client, qs, (a,) = _queues(redis_server, "a", max_deliveries=max_deliveries)
     a.add({"job": "j"})
     entries = a.read(1, None)
     client.xclaim(a.stream, "g", "b", 0, [entries[0].id])        # b reclaims it
@@ -178,18 +187,10 @@ def test_an_outcome_for_an_entry_redis_lost_is_dropped_and_said(redis_server, ca
     """Redis restarted without its data (or FLUSHALL) while a worker held an entry: the entry, its group and the
     job's record are gone. The outcome in hand is dropped, said in one line, and the worker goes on."""
     import logging
-    import uuid
 
     from sigma.service.consumer import Consumer
-    from sigma.service.queue import StreamQueue
-    from sigma.service.settings import QueueSettings
 
-    prefix = f"lease-{uuid.uuid4().hex[:8]}"
-    client = redis_server.client()
-    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=1)
-    a = StreamQueue(client, f"{prefix}:s", "g", "a", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
-                    dead_stream=f"{prefix}:dead")
-    a.ensure_group()
+    prefix, client, qs, (a,) = _queues(redis_server, "a", max_deliveries=1)
     a.add({"job": "j"})
     entries = a.read(1, None)
     client.delete(a.stream)          # what a restart without persistence leaves: no stream, no group
@@ -209,15 +210,10 @@ def test_a_defer_takes_no_entry_back_from_the_consumer_that_reclaimed_it(redis_s
     back by deferring it (and set its delivery counter back under b). It is ownership-checked now, as the heartbeat's
     EXTEND is: a's defer leaves the entry with b (-1), an entry settled meanwhile is said gone (0), a's own is
     deferred (1) with its counter set back."""
-    import uuid
 
-    from sigma.service.queue import DEFER_GONE, DEFER_HELD, StreamQueue
+    from sigma.service.queue import DEFER_GONE, DEFER_HELD
 
-    prefix = f"lease-{uuid.uuid4().hex[:8]}"
-    client = redis_server.client()
-    a, b = (StreamQueue(client, f"{prefix}:s", "g", name, lease_ms=60_000, max_deliveries=3,
-                        dead_stream=f"{prefix}:dead") for name in ("a", "b"))
-    a.ensure_group()
+    _, client, _, (a, b) = _queues(redis_server, "a", "b")
     for n in range(3):
         a.add({"job": str(n)})
     mine, taken, settled = a.read(3, None)
@@ -237,18 +233,10 @@ def test_a_lease_lost_while_a_batch_is_settled_drops_its_defer(redis_server):
     can lapse while it settles them (a result's store is slow, the process is paused): entry 2, reclaimed by b while
     entry 1's result was stored, was still deferred by a (taken back from b). Now its defer is dropped and counted
     lost, the entry left with b."""
-    import uuid
 
     from sigma.service.consumer import Consumer, Outcome
-    from sigma.service.queue import StreamQueue
-    from sigma.service.settings import QueueSettings
 
-    prefix = f"lease-{uuid.uuid4().hex[:8]}"
-    client = redis_server.client()
-    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=3)
-    a = StreamQueue(client, f"{prefix}:s", "g", "a", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
-                    dead_stream=f"{prefix}:dead")
-    a.ensure_group()
+    prefix, client, qs, (a,) = _queues(redis_server, "a")
     a.add({"job": "1"})
     a.add({"job": "2"})
     first, second = a.read(2, None)
@@ -273,18 +261,10 @@ def test_entries_lost_while_a_batch_is_worked_are_skipped_in_the_rest_of_it(redi
     handled them, one batch after another, starting jobs that worker was doing and storing results for them. Now
     the entries a beat found lost are skipped, said in one line, and left with the consumer that holds them."""
     import logging
-    import uuid
 
     from sigma.service.consumer import Consumer, Outcome
-    from sigma.service.queue import StreamQueue
-    from sigma.service.settings import QueueSettings
 
-    prefix = f"lease-{uuid.uuid4().hex[:8]}"
-    client = redis_server.client()
-    qs = QueueSettings(lease_ms=60_000, block_ms=50, max_deliveries=3)
-    a = StreamQueue(client, f"{prefix}:s", "g", "a", lease_ms=qs.lease_ms, max_deliveries=qs.max_deliveries,
-                    dead_stream=f"{prefix}:dead")
-    a.ensure_group()
+    prefix, client, qs, (a,) = _queues(redis_server, "a")
     for n in range(3):
         a.add({"job": str(n)})
     entries = a.read(3, None)
