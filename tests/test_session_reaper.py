@@ -52,6 +52,14 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def _interruptible() -> None:
+    """The inner pytest gets SIGINT's default, as a pytest at a terminal has. This session may have it ignored (CI's
+    `bash .ci/run` started as a background job: a shell without job control sets SIGINT to SIG_IGN for it, inherited
+    by every child), and a Python started so installs no KeyboardInterrupt handler: the Ctrl-C case waited 120 s for
+    an inner session that never saw its signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL, signal.SIGINT], ids=["sigterm", "sigkill", "sigint"])
 def test_every_process_a_session_started_dies_with_it(sig, tmp_path):
     (tmp_path / "test_inner.py").write_text(INNER)
@@ -60,7 +68,8 @@ def test_every_process_a_session_started_dies_with_it(sig, tmp_path):
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     session = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
                                 "--rootdir", str(tmp_path), "test_inner.py"], cwd=tmp_path, env=env,
-                               stdout=open(tmp_path / "out", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                               stdout=open(tmp_path / "out", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                               preexec_fn=_interruptible)
     pids: list[int] = []
     try:
         def started() -> bool:
