@@ -587,11 +587,17 @@ def read_overrides(items: list[str] | None) -> dict[str, Override]:
         key, value = item.split("=", 1)
         if not key.strip():
             raise ConfigError(f"override {item!r} has an empty key")
-        if key != key.strip() or value != value.strip() and value.rstrip("\r") != value.strip():
-            raise ConfigError(_spaced(item, key, value))    # a CR at its end alone is `_unfit`'s, said as such
+        if key != key.strip() or value != value.strip(VALUE_SPACE):
+            # a line end (`name=$'run\n'`, a CRLF file's `\r`) is no space typed by mistake: the field's own check
+            # says it, as a control character or `_unfit`'s carriage return
+            raise ConfigError(_spaced(item, key, value))
         taken.add(key, item)
         out[key] = Override.read(value, key)
     return out
+
+
+# what `--set` refuses around a value: spaces and tabs, typed; a line end is the field's to name (a control character)
+VALUE_SPACE = " \t"
 
 
 def _spaced(item: str, key: str, value: str) -> str:
@@ -600,7 +606,7 @@ def _spaced(item: str, key: str, value: str) -> str:
     two rules. Taken as written or not at all, as a trailing carriage return is (`_unfit`): a text that starts or
     ends with a space says so in YAML quotes (`name=' run'`)."""
     where = "its key" if key != key.strip() else "its value"
-    if key != key.strip() and value != value.strip():
+    if key != key.strip() and value != value.strip(VALUE_SPACE):
         where = "its key and its value"
     return (f"override '{shown(printable(item), 100)}': space around {where}; write {key.strip()}="
             f"{shown(printable(value.strip()), 60)} (a text that starts or ends with a space is quoted: "
