@@ -138,15 +138,10 @@ def refuse_images_dir(folder: str | Path, corpus: str | None) -> None:
     run's --png-masks replaced by edited images), inside a folder corpus, or the folder of a manifest corpus (where
     its images sit: `<id>.png` there would replace them). Checked before any work; `RUN/images` (a new folder of
     the run) stays allowed."""
-    real = Path(os.path.realpath(folder))
-    for up in (real, *real.parents):
-        if (up / RUN_FILE).is_file() and up != real and real.relative_to(up).parts[0] in RUN_OWN:
-            raise InputError(f"{folder}: inside the batch run's own {real.relative_to(up).parts[0]}/ in {up}; "
-                             "write the images elsewhere", code="out_is_run_file")
-    refuse_inside_run(folder, "--images folder")        # a training run's own (`TRAIN/model`: its saved weights)
+    refuse_inside_run(folder, "--images folder")   # a batch run's own folders, and a training run's (`TRAIN/model`)
     if not corpus:
         return
-    source = Path(os.path.realpath(corpus))
+    real, source = Path(os.path.realpath(folder)), Path(os.path.realpath(corpus))
     root = source if source.is_dir() else source.parent
     # a folder inside a run folder that itself sits in the corpus (`cd corpus && sigma batch run . --out run`, then
     # the documented `--images run/images`) is the run's, not the corpus's: no reader takes images from there
