@@ -1340,16 +1340,13 @@ def _refuse_links(run_dir: Path) -> None:
     # missing checkpoint, the resume went on from checkpoint.prev.pt and trained to its next checkpoint, which then
     # failed (`os_error: Is a directory: .checkpoint.pt.<pid>.<hex>.tmp`, a temporary name); a file named model the
     # same at model/'s save (`File exists`)
-    wrong = [f"{name}: a folder" for name in _RUN_FILES if (run_dir / name).is_dir()]
-    wrong += [f"{name}: a file" for name in _RUN_FOLDERS if (run_dir / name).is_file()]
+    wrong = [f"{name}: a folder" for name in TRAINING_FILES if (run_dir / name).is_dir()]
+    wrong += [f"{name}: a file" for name in TRAINING_FOLDERS if (run_dir / name).is_file()]
     if wrong:
         raise InputError(f"{run_dir}: holds entries of the other kind where the run writes ({', '.join(wrong)}; "
-                         f"{', '.join(_RUN_FILES)} are files, {', '.join(_RUN_FOLDERS)} folders): the run would fail "
-                         "there after its steps; move them away", code="bad_outdir")
+                         f"{', '.join(TRAINING_FILES)} are files, {', '.join(TRAINING_FOLDERS)} folders): the run "
+                         "would fail there after its steps; move them away", code="bad_outdir")
 
-
-#: the files and folders a run writes at its folder's top level (`_refuse_links`: never of the other kind)
-_RUN_FILES, _RUN_FOLDERS = TRAINING_FILES, TRAINING_FOLDERS     # one list with the CLI's (`sigma.io.runmarks`)
 
 
 def _refuse_nesting(out_dir: Path, name: str) -> None:
